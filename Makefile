@@ -1,0 +1,38 @@
+# Two entry points for a fresh machine: `make run` and `make test`.
+# Both create the virtual environment in .venv when it is missing.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= ../shared/data
+
+export KEDRO_DISABLE_TELEMETRY := 1
+export MPLBACKEND := Agg
+
+.PHONY: run test run-real benchmark viz clean-data
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+## Build the dataset from the synthetic phantom, train and test segmentation.
+run: $(STAMP)
+	$(BIN)/kedro run
+
+## Run the whole test suite (real-data tests read ../shared/data).
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## The same default run on a folder laid out like the real public sample.
+run-real: $(STAMP)
+	$(BIN)/kedro run --env=real --params=data_dir=$(abspath $(DATA_DIR))
+
+## Loader and training-step throughput, written to docs/benchmarks.md.
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/loader_vs_step.py --output docs/benchmarks.md
+
+## Pipeline lineage in the browser (http://127.0.0.1:4141).
+viz: $(STAMP)
+	$(BIN)/kedro viz run --no-browser

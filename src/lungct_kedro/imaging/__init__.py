@@ -1,0 +1,1 @@
+"""CT-specific image functions shared by the pipelines."""

@@ -1,0 +1,1 @@
+"""Network builders on top of MONAI and torchvision."""

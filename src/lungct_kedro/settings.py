@@ -1,0 +1,19 @@
+"""Project settings for Kedro.
+
+Telemetry is switched off in ``.telemetry``; ``KEDRO_DISABLE_TELEMETRY`` is set
+by the Makefile as a second guard. ``oc.env`` is registered for every
+configuration file so that the real-data environment can read its data folder
+from ``LUNGCT_DATA_DIR``.
+"""
+
+from kedro.config import OmegaConfigLoader
+from omegaconf.resolvers import oc
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    "custom_resolvers": {"oc.env": oc.env},
+    # Deep-merge parameters so that an environment overrides single keys.
+    "merge_strategy": {"parameters": "soft"},
+}

@@ -1,0 +1,1 @@
+"""The shared training loop, device choice, data loading and metrics."""
