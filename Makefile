@@ -9,6 +9,7 @@ DATA_DIR ?= ../shared/data
 
 export KEDRO_DISABLE_TELEMETRY := 1
 export MPLBACKEND := Agg
+export KEDRO_LOGGING_CONFIG := $(CURDIR)/conf/logging.yml
 
 .PHONY: run test run-real benchmark viz clean-data
 

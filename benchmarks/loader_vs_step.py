@@ -11,8 +11,8 @@ process on the same synthetic slices, so the rows are comparable:
 * training step: forward, backward and SGD step of the default U-Net on a
   batch already in memory.
 
-The loader has to be several times faster than the step, so that training
-never waits for data.
+The loader should be several times faster than the step, so that training
+does not wait for data; the last column of the table gives the ratio.
 """
 
 from __future__ import annotations

@@ -98,3 +98,13 @@ def test_duplicate_source_names_rejected():
 def test_empty_source_list_rejected():
     with pytest.raises(DatasetError, match="empty"):
         ScanSourcesDataset(sources=[]).load()
+
+
+def test_store_rows_checked_against_manifest():
+    store = make_store(n_slices=2)
+    store.attributes["slice_ids"] = ["sl-a", "sl-b"]
+    store.check_rows(["sl-b", "sl-a"], [1, 0])
+    with pytest.raises(ValueError, match="different ingestion runs"):
+        store.check_rows(["sl-a"], [1])
+    with pytest.raises(ValueError, match="different ingestion runs"):
+        store.check_rows(["sl-c"], [5])

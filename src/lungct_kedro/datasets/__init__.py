@@ -3,8 +3,11 @@
 from lungct_kedro.datasets.checkpoint import TorchCheckpointDataset
 from lungct_kedro.datasets.slice_store import SliceStore, SliceStoreDataset
 from lungct_kedro.datasets.sources import DeclaredSource, ScanSourcesDataset
+from lungct_kedro.datasets.tables import AtomicJSONDataset, AtomicParquetDataset
 
 __all__ = [
+    "AtomicJSONDataset",
+    "AtomicParquetDataset",
     "DeclaredSource",
     "ScanSourcesDataset",
     "SliceStore",

@@ -14,8 +14,8 @@ from lungct_kedro.datasets.atomic import atomic_file
 class TorchCheckpointDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
     """Save a checkpoint dictionary with ``torch.save`` and load it safely.
 
-    A checkpoint holds tensors and plain Python values only (for example
-    ``{"state_dict": ..., "model": {...}, "best_val_dice": 0.7}``), so it
+    A checkpoint contains tensors and plain Python values only (for example
+    ``{"state_dict": ..., "model": {...}, "best_val_score": 0.7}``), so it
     loads with ``weights_only=True`` and runs no pickled code.
     """
 

@@ -8,6 +8,7 @@ image file is decoded during training.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,27 @@ class SliceStore:
         return int(self.arrays["image"].shape[-1])
 
     def has(self, name: str) -> bool:
-        """Tell whether the store holds the array ``name``."""
+        """Tell whether the store contains the array ``name``."""
         return name in self.arrays
+
+    def check_rows(self, slice_ids: Sequence[str], store_indices: Sequence[int]) -> None:
+        """Check that manifest rows point at their own slices in this store.
+
+        Ingestion records each row's ``slice_id`` in the store's attributes;
+        a mismatch means the store and the manifest come from different runs.
+
+        Raises:
+            ValueError: An index is out of range or names another slice.
+        """
+        known = self.attributes.get("slice_ids")
+        if known is None:
+            return
+        for slice_id, index in zip(slice_ids, store_indices):
+            if not 0 <= int(index) < len(known) or known[int(index)] != slice_id:
+                raise ValueError(
+                    f"slice {slice_id} is not at row {index} of the slice store, so the store and the "
+                    "manifest come from different ingestion runs; rerun kedro run --pipeline=ingestion"
+                )
 
 
 class SliceStoreDataset(AbstractDataset[SliceStore, SliceStore]):

@@ -13,7 +13,7 @@ from kedro.io import AbstractDataset, DatasetError
 from lungct_kedro.readers.base import RawSlice, SkippedFile
 
 SOURCE_KINDS = ("phantom", "image_folder", "dicom", "nifti")
-SOURCE_KEYS = {"name", "kind", "path", "options", "labels", "skip_invalid"}
+SOURCE_KEYS = {"name", "kind", "path", "options", "labels", "skip_invalid", "mask_map"}
 LABEL_KEYS = {"path", "join_on", "key_column", "columns", "missing"}
 JOIN_MODES = ("file", "patient")
 MISSING_LABEL_MODES = ("error", "skip", "null")
@@ -28,7 +28,7 @@ class LabelJoin:
         join_on: ``file`` matches the CSV key against each slice's file path
             relative to the CSV's folder; ``patient`` matches it against the
             source's original patient identifier.
-        key_column: The CSV column that holds the key, read as text.
+        key_column: The CSV column that contains the key, read as text.
         columns: Label columns to copy into the manifest (all others if None).
         missing: What a slice without a label row gets: ``error``, ``skip``
             (leave the slice out) or ``null`` (empty labels).
@@ -51,6 +51,7 @@ class DeclaredSource:
     options: Mapping[str, Any] = field(default_factory=dict)
     labels: LabelJoin | None = None
     skip_invalid: bool = False
+    mask_map: Mapping[int, int] = field(default_factory=dict)
 
     def read(
         self, skipped: list[SkippedFile] | None, phantom_params: Mapping[str, Any]
@@ -130,7 +131,20 @@ def _parse_entry(entry: dict[str, Any], position: int, root: Path) -> DeclaredSo
         options=dict(entry.get("options") or {}),
         labels=_parse_labels(entry.get("labels"), name, root),
         skip_invalid=bool(entry.get("skip_invalid", False)),
+        mask_map=_parse_mask_map(entry.get("mask_map"), name),
     )
+
+
+def _parse_mask_map(raw: Mapping[Any, Any] | None, name: str) -> dict[int, int]:
+    """Parse ``mask_map``, which renumbers mask classes (for example ``{3: 0}`` drops a class)."""
+    if not raw:
+        return {}
+    try:
+        return {int(key): int(value) for key, value in dict(raw).items()}
+    except (TypeError, ValueError) as error:
+        raise DatasetError(
+            f"source '{name}': mask_map must map class numbers to class numbers, like {{3: 0}}; got {raw!r}"
+        ) from error
 
 
 def _parse_labels(raw: Mapping[str, Any] | None, name: str, root: Path) -> LabelJoin | None:
@@ -184,6 +198,7 @@ class ScanSourcesDataset(AbstractDataset[None, list[DeclaredSource]]):
               kind: image_folder
               path: data/01_raw/medseg
               options: {images: images, masks: masks, mask_format: palette}
+            mask_map: {3: 0}   # optional: renumber mask classes before checks
     """
 
     def __init__(self, sources: list[Mapping[str, Any]], metadata: dict[str, Any] | None = None) -> None:

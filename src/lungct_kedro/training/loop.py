@@ -1,6 +1,6 @@
 """One iteration-based training loop shared by every task.
 
-The loop knows nothing about the task: the caller passes a function that
+The loop is independent of the task, because the caller passes a function that
 computes the loss of one batch and a function that scores the model on the
 validation set. It handles the device, mixed precision on CUDA, the learning
 rate schedule, periodic validation, the best checkpoint, progress and logs.
@@ -26,7 +26,7 @@ ValidationFunction = Callable[[torch.nn.Module], dict[str, float]]
 
 @dataclass
 class TrainingResult:
-    """What a training run leaves behind.
+    """Outcome of a training run.
 
     Attributes:
         best_state: ``state_dict`` of the model at its best validation score

@@ -14,6 +14,7 @@ Rules, so that no mean is NaN:
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -58,9 +59,12 @@ def per_slice_lesion_metrics(predictions: np.ndarray, references: np.ndarray) ->
     hd95 = torch.zeros(len(pred))
     both = pred_any & ref_any
     if both.any():
-        hd95[both] = compute_hausdorff_distance(
-            pred_hot[both], ref_hot[both], include_background=False, percentile=95
-        )[:, 0].float()
+        with warnings.catch_warnings():
+            # MONAI 1.5+ warns about an argument it passes to itself internally.
+            warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+            hd95[both] = compute_hausdorff_distance(
+                pred_hot[both], ref_hot[both], include_background=False, percentile=95
+            )[:, 0].float()
     hd95[pred_any ^ ref_any] = diagonal
 
     tp = (pred & ref).flatten(1).sum(dim=1)

@@ -15,7 +15,7 @@ from lungct_kedro.models.segmentation import build_segmentation_model
 from lungct_kedro.training.data import endless_store_batches, random_rotate_flip, read_slices
 from lungct_kedro.training.device import seed_everything, select_device
 from lungct_kedro.training.loop import TrainingResult, train_iterations
-from lungct_kedro.training.metrics import per_slice_lesion_metrics
+from lungct_kedro.training.metrics import per_slice_lesion_metrics, summarise_segmentation
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ def train_segmentation(
     """Train a segmentation network with Dice + cross-entropy loss and SGD.
 
     The learning rate follows a polynomial decay, ``lr·(1 − t/T)^power``.
-    Validation computes the mean per-slice lesion Dice; the best state is
-    kept.
+    Validation computes the per-slice mean and the pooled lesion Dice; the
+    state with the best ``training.monitor`` metric is kept.
 
     Args:
         store: The slice store with masks.
@@ -117,7 +117,9 @@ def train_segmentation(
 
     def validate(network: torch.nn.Module) -> dict[str, float]:
         predictions = predict_class_maps(network, store, val_indices, device)
-        return {"val_dice": float(per_slice_lesion_metrics(predictions, references)["dice"].mean())}
+        per_slice = per_slice_lesion_metrics(predictions, references)
+        summary = summarise_segmentation(per_slice, predictions, references, multiclass=False)
+        return {"val_dice": summary["dice_mean"], "val_dice_pooled": summary["dice_pooled"]}
 
     logger.info(
         "Training %s segmentation on %d slices (%d validation) for %d iterations at batch %d on %s",
@@ -137,7 +139,7 @@ def train_segmentation(
         iterations,
         device,
         validate=validate if references is not None else None,
-        monitor="val_dice",
+        monitor=str(training["monitor"]),
         validate_every=int(training["validate_every"]),
         log_every=int(training["log_every"]),
         description="segmentation",

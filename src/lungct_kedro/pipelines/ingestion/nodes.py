@@ -52,7 +52,7 @@ def harmonise_sources(
     sources: list[DeclaredSource],
     phantom_params: Mapping[str, Any],
     ingestion_params: Mapping[str, Any],
-) -> tuple[SliceStore, pd.DataFrame, dict[str, Any]]:
+) -> tuple[pd.DataFrame, dict[str, Any], SliceStore]:
     """Read every declared source into one store of fixed-size slices.
 
     Each slice is padded to a square and resized to ``image_size`` pixels.
@@ -68,14 +68,16 @@ def harmonise_sources(
             ``pseudonym_secret``.
 
     Returns:
-        The slice store, the manifest (one row per slice) and a run summary
-        with counts per source.
+        The manifest (one row per slice), a run summary with counts per
+        source, and the slice store. Kedro saves outputs in this order, so the
+        store, which is renamed into place last, is only replaced once the
+        manifest has been written.
 
     Raises:
         InvalidSourceError: A file is corrupt, a mask does not fit its image,
-            a label is unknown or missing, or a source yields no slice; not
-            raised for files of sources with ``skip_invalid: true``, which are
-            logged and counted instead.
+            a label is unknown or missing, or a source yields no slice. Files
+            of sources with ``skip_invalid: true`` are logged, counted and
+            left out instead.
     """
     started = time.perf_counter()
     size = int(ingestion_params["image_size"])
@@ -147,7 +149,8 @@ def harmonise_sources(
         int(manifest["has_mask"].sum()),
         summary["seconds"],
     )
-    return store, manifest, summary
+    store.attributes["slice_ids"] = manifest["slice_id"].tolist()
+    return manifest, summary, store
 
 
 def _load_label_table(join: LabelJoin | None):
@@ -229,15 +232,26 @@ def _harmonise_slice(
                 f"mask shape {raw.mask.shape} does not match image shape {pixels.shape}",
                 "pair each image with a mask of the same size",
             )
-        found = set(np.unique(raw.mask).tolist())
+        mask = _renumber(raw.mask, source.mask_map)
+        found = set(np.unique(mask).tolist())
         if not found <= mask_values:
             raise InvalidSourceError(
                 where,
                 f"mask holds values {sorted(found - mask_values)} outside {sorted(mask_values)}",
-                "convert the mask to class indices or set the source's mask_format option",
+                "convert the mask to class indices, set the source's mask_format option, "
+                "or renumber classes with the source's mask_map",
             )
-        arrays["mask"] = resize_mask(raw.mask, size)
+        arrays["mask"] = resize_mask(mask, size)
     return arrays
+
+
+def _renumber(mask: np.ndarray, mask_map: Mapping[int, int]) -> np.ndarray:
+    if not mask_map:
+        return mask
+    lookup = np.arange(256, dtype=np.uint8)
+    for old, new in mask_map.items():
+        lookup[old] = new
+    return lookup[np.asarray(mask, dtype=np.uint8)]
 
 
 def _manifest_row(

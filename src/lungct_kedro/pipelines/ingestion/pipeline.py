@@ -14,7 +14,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 func=harmonise_sources,
                 inputs=["raw_sources", "params:phantom", "params:ingestion"],
-                outputs=["slice_store", "slice_manifest", "ingestion_summary"],
+                outputs=["slice_manifest", "ingestion_summary", "slice_store"],
                 name="harmonise_sources",
             ),
         ]

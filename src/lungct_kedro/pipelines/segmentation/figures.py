@@ -38,7 +38,7 @@ def plot_overlays(
                 axis.imshow(overlay, cmap=CLASS_COLOURS, vmin=0, vmax=2, interpolation="nearest")
             axis.set_title(f"{name}: {title}" if column == 0 else name, fontsize=9)
             axis.set_axis_off()
-    figure.suptitle("Test slices (lung window); yellow = ground-glass, red = consolidation")
+    figure.suptitle("Test slices with reference and predicted lesions; yellow = ground-glass, red = consolidation")
     return figure
 
 
@@ -50,9 +50,10 @@ def plot_training_curves(history: pd.DataFrame) -> Figure:
     loss_axis.set_xlabel("iteration")
     loss_axis.set_ylabel("loss")
     loss_axis.legend()
-    if "val_dice" in history:
-        points = history.dropna(subset=["val_dice"])
-        dice_axis.plot(points["iteration"], points["val_dice"], marker="o", label="validation Dice (per-slice mean)")
+    for column, label in [("val_dice", "validation Dice, per-slice mean"), ("val_dice_pooled", "validation Dice, pooled")]:
+        if column in history:
+            points = history.dropna(subset=[column])
+            dice_axis.plot(points["iteration"], points[column], marker="o", label=label)
     dice_axis.set_xlabel("iteration")
     dice_axis.set_ylabel("Dice")
     dice_axis.set_ylim(0, 1)

@@ -70,6 +70,7 @@ def train_segmentation_model(
         The checkpoint (state dict and what is needed to rebuild the model),
         the training history table and its figure.
     """
+    slice_store.check_rows(segmentation_slices["slice_id"], segmentation_slices["store_index"])
     model, result = train_segmentation(
         slice_store, _rows(segmentation_slices, "train"), _rows(segmentation_slices, "val"), params
     )
@@ -80,7 +81,8 @@ def train_segmentation_model(
         "image_size": slice_store.image_size,
         "iterations": int(params["training"]["iterations"]),
         "best_iteration": result.best_iteration,
-        "best_val_dice": result.best_score,
+        "monitor": str(params["training"]["monitor"]),
+        "best_val_score": result.best_score,
     }
     history = pd.DataFrame(result.history)
     return checkpoint, history, plot_training_curves(history)
@@ -98,6 +100,7 @@ def evaluate_segmentation_model(
         The metrics (see ``summarise_segmentation``), a per-slice table and
         a figure of test slices with reference and prediction overlaid.
     """
+    slice_store.check_rows(segmentation_slices["slice_id"], segmentation_slices["store_index"])
     test = segmentation_slices[segmentation_slices["split"] == "test"].reset_index(drop=True)
     rows = test["store_index"].to_numpy(dtype=np.int64)
     binary = checkpoint["target"] == "binary"
@@ -112,7 +115,8 @@ def evaluate_segmentation_model(
         "split": "test",
         "target": checkpoint["target"],
         "best_iteration": checkpoint["best_iteration"],
-        "best_val_dice": checkpoint["best_val_dice"],
+        "monitor": checkpoint["monitor"],
+        "best_val_score": checkpoint["best_val_score"],
         **summarise_segmentation(per_slice, predictions, references, multiclass=not binary),
     }
     logger.info(
@@ -123,11 +127,12 @@ def evaluate_segmentation_model(
         metrics["hd95_px_mean"],
     )
 
-    shown = per_slice.sort_values("reference_pixels", ascending=False).index[: int(params["evaluation"]["overlay_slices"])]
+    n_overlays = int(params["evaluation"]["overlay_slices"])
+    overlay_rows = per_slice.sort_values("reference_pixels", ascending=False).index[:n_overlays]
     figure = plot_overlays(
-        np.asarray(slice_store.arrays["image"][rows[shown]], dtype=np.float32),
-        references[shown],
-        predictions[shown],
-        [f"Dice {per_slice.loc[i, 'dice']:.2f}" for i in shown],
+        np.asarray(slice_store.arrays["image"][rows[overlay_rows]], dtype=np.float32),
+        references[overlay_rows],
+        predictions[overlay_rows],
+        [f"Dice {per_slice.loc[i, 'dice']:.2f}" for i in overlay_rows],
     )
     return metrics, per_slice, figure

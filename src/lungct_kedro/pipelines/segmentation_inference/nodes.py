@@ -38,6 +38,7 @@ def predict_new_scans(
             f"inference slices are {inference_store.image_size} px but the model was trained on "
             f"{checkpoint['image_size']} px; ingest both with the same ingestion.image_size"
         )
+    inference_store.check_rows(inference_manifest["slice_id"], inference_manifest["store_index"])
     rows = inference_manifest["store_index"].to_numpy(dtype=np.int64)
     model, device = load_segmentation_model(checkpoint, params.get("device", "auto"))
     predictions = predict_class_maps(model, inference_store, rows, device, int(params["evaluation"]["batch_size"]))

@@ -15,7 +15,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 func=harmonise_sources,
                 inputs=["inference_sources", "params:phantom", "params:ingestion"],
-                outputs=["inference_store", "inference_manifest", "inference_ingestion_summary"],
+                outputs=["inference_manifest", "inference_ingestion_summary", "inference_store"],
                 name="harmonise_inference_sources",
             ),
             Node(

@@ -54,7 +54,9 @@ def assign_splits(manifest: pd.DataFrame, params: Mapping[str, Any]) -> pd.DataF
 
     rng = np.random.default_rng(int(params["seed"]))
     ordered: list[str] = []
-    for stratum in sorted(strata.unique()):
+    # Rare strata are dealt first, so their few groups go to train before val and test.
+    sizes = strata.value_counts()
+    for stratum in sorted(sizes.index, key=lambda name: (sizes[name], name)):
         members = sorted(strata.index[strata == stratum])
         ordered.extend(members[i] for i in rng.permutation(len(members)))
 
