@@ -24,6 +24,7 @@ STORE_ARRAYS: dict[str, str] = {
     "mask": "uint8",  # class map: 0 background, 1 ground-glass, 2 consolidation
     "hu": "int16",  # Hounsfield units where the source has them, else -1024
     "image_lowq": "float16",  # poor-quality twin in [0, 1], where the source has one
+    "image_enhanced": "float16",  # enhanced reference of a curated low-quality slice
 }
 
 
