@@ -83,6 +83,8 @@ def train_iterations(
     """
     if iterations <= 0:
         raise ValueError(f"iterations must be positive, got {iterations}")
+    # NOTE: the CUDA branch (autocast to float16 with gradient scaling) has not run in the test
+    # suite, which has no GPU; only the CPU path is covered.
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     best_state = copy.deepcopy(model.state_dict())
