@@ -37,3 +37,7 @@ benchmark: $(STAMP)
 ## Pipeline lineage in the browser (http://127.0.0.1:4141).
 viz: $(STAMP)
 	$(BIN)/kedro viz run --no-browser
+
+## Delete every pipeline output under data/ (the layer folders stay).
+clean-data:
+	find data -mindepth 2 -maxdepth 2 ! -name .gitkeep -exec rm -rf {} +

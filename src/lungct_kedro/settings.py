@@ -6,8 +6,14 @@ configuration file so that the real-data environment can read its data folder
 from ``LUNGCT_DATA_DIR``.
 """
 
+import warnings
+
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
+
+# Kedro 1.7 registers its resolvers with a call that OmegaConf now flags as deprecated;
+# the message repeats on every command and says nothing about this project.
+warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

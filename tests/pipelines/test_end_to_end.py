@@ -59,7 +59,8 @@ def test_phantom_default_run(run_pipelines, kedro_project):
     assert inference["n_slices"] == len(masks) == 2 * 3
     assert inference["n_slices_scored"] == len(masks)
     assert not math.isnan(inference["dice_mean"])
-    assert Image.open(masks[0]).size == (64, 64)
+    assert Image.open(masks[0]).size == (64, 64)  # phantom slices are generated at 64 px in these runs
+    assert (data / "08_reporting" / "inference_overlays.png").stat().st_size > 10_000
     assert set(np.unique(np.array(Image.open(masks[0])))) <= {0, 1, 2}
 
 
@@ -93,6 +94,10 @@ def test_real_sample_run(run_pipelines, kedro_project, shared_data_dir):
     assert inference["n_slices_scored"] == 0
     masks = list((data / "07_model_output" / "inference" / "predicted_masks").glob("*.png"))
     assert len(masks) == inference["n_slices"] > 100
+    inference_manifest = pd.read_parquet(data / "07_model_output" / "inference" / "manifest.parquet")
+    for row in inference_manifest.itertuples():
+        size = Image.open(data / "07_model_output" / "inference" / "predicted_masks" / f"{row.slice_id}.png").size
+        assert size == (row.original_width, row.original_height)
 
     check_no_identifiers(data, shared_data_dir)
 
@@ -118,3 +123,14 @@ def check_no_identifiers(data, shared_data_dir):
     everything = "\n".join(text_outputs)
     for value in forbidden:
         assert value not in everything, f"original identifier {value!r} found in outputs"
+
+
+def test_restored_geometry_inverts_resize():
+    from lungct_kedro.imaging.hu import resize_mask, restore_original_geometry
+
+    mask = np.zeros((40, 24), dtype=np.uint8)
+    mask[10:30, 4:20] = 2
+    stored = resize_mask(mask, 80)
+    restored = restore_original_geometry(stored, 40, 24)
+    assert restored.shape == (40, 24)
+    assert np.array_equal(restored, mask)

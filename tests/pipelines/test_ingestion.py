@@ -29,7 +29,6 @@ PARAMS = {
     "window_level_hu": -600,
     "window_width_hu": 1500,
     "mask_values": [0, 1, 2],
-    "pseudonym_secret": "test-secret",
 }
 AIR_HU = -1024
 # A lung window of level -600 HU and width 1500 HU maps -1350 HU to 0 and 150 HU to 1.
@@ -109,7 +108,9 @@ def write_csv(path: Path, text: str) -> Path:
 
 def ingest(entries: list[dict], **params):
     """Parse ``entries`` as catalog sources and run the ingestion node on them."""
-    manifest, summary, store = harmonise_sources(parse_sources(entries), {}, {**PARAMS, **params})
+    secret = params.pop("pseudonym_secret", "test-secret")
+    sources = parse_sources(entries, pseudonym_secret=secret)
+    manifest, summary, store = harmonise_sources(sources, {}, {**PARAMS, **params})
     return store, manifest, summary
 
 

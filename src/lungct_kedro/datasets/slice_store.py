@@ -70,8 +70,8 @@ class SliceStore:
     def check_rows(self, slice_ids: Sequence[str], store_indices: Sequence[int]) -> None:
         """Check that manifest rows point at their own slices in this store.
 
-        Ingestion records each row's ``slice_id`` in the store's attributes;
-        a mismatch means the store and the manifest come from different runs.
+        Ingestion records each row's ``slice_id`` in the store's attributes.
+        A mismatch means the store and the manifest come from different runs.
 
         Raises:
             ValueError: An index is out of range or names another slice.
@@ -83,7 +83,8 @@ class SliceStore:
             if not 0 <= int(index) < len(known) or known[int(index)] != slice_id:
                 raise ValueError(
                     f"slice {slice_id} is not at row {index} of the slice store, so the store and the "
-                    "manifest come from different ingestion runs; rerun kedro run --pipeline=ingestion"
+                    "split manifest come from different ingestion runs; rerun ingestion and splits "
+                    "(kedro run --pipelines=ingestion,splits) or the whole default run"
                 )
 
 

@@ -52,6 +52,8 @@ class DeclaredSource:
     labels: LabelJoin | None = None
     skip_invalid: bool = False
     mask_map: Mapping[int, int] = field(default_factory=dict)
+    # Key of the keyed-hash pseudonyms; kept out of repr so that it never reaches a log line.
+    pseudonym_secret: str | None = field(default=None, repr=False)
 
     def read(
         self, skipped: list[SkippedFile] | None, phantom_params: Mapping[str, Any]
@@ -76,13 +78,17 @@ class DeclaredSource:
         return READERS[self.kind](self.path, self.options, skipped)
 
 
-def parse_sources(entries: list[Mapping[str, Any]], root: Path | None = None) -> list[DeclaredSource]:
+def parse_sources(
+    entries: list[Mapping[str, Any]], root: Path | None = None, pseudonym_secret: str | None = None
+) -> list[DeclaredSource]:
     """Validate ``sources`` entries from the catalog and resolve their paths.
 
     Args:
         entries: The list under ``sources`` in the catalog entry.
         root: Folder that relative paths are resolved against (the working
             folder if None).
+        pseudonym_secret: Key for the pseudonyms of these sources' patients,
+            volumes and slices; None falls back to the public default key.
 
     Raises:
         DatasetError: An entry has an unknown key or kind, a duplicate name,
@@ -93,7 +99,7 @@ def parse_sources(entries: list[Mapping[str, Any]], root: Path | None = None) ->
     root = Path.cwd() if root is None else Path(root)
     parsed: list[DeclaredSource] = []
     for position, entry in enumerate(entries):
-        parsed.append(_parse_entry(dict(entry), position, root))
+        parsed.append(_parse_entry(dict(entry), position, root, pseudonym_secret))
     names = [source.name for source in parsed]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -101,7 +107,9 @@ def parse_sources(entries: list[Mapping[str, Any]], root: Path | None = None) ->
     return parsed
 
 
-def _parse_entry(entry: dict[str, Any], position: int, root: Path) -> DeclaredSource:
+def _parse_entry(
+    entry: dict[str, Any], position: int, root: Path, pseudonym_secret: str | None
+) -> DeclaredSource:
     label = f"sources[{position}]"
     unknown = set(entry) - SOURCE_KEYS
     if unknown:
@@ -124,15 +132,33 @@ def _parse_entry(entry: dict[str, Any], position: int, root: Path) -> DeclaredSo
                 "or point LUNGCT_DATA_DIR / --params=data_dir=... at your data"
             )
 
+    options = dict(entry.get("options") or {})
+    if kind != "phantom":
+        _check_reader_options(kind, name, options)
+
     return DeclaredSource(
         name=name,
         kind=kind,
         path=path,
-        options=dict(entry.get("options") or {}),
+        options=options,
         labels=_parse_labels(entry.get("labels"), name, root),
         skip_invalid=bool(entry.get("skip_invalid", False)),
         mask_map=_parse_mask_map(entry.get("mask_map"), name),
+        pseudonym_secret=pseudonym_secret or None,
     )
+
+
+def _check_reader_options(kind: str, name: str, options: Mapping[str, Any]) -> None:
+    """Validate reader options when the catalog loads, naming the source on error."""
+    from lungct_kedro.readers.dicom import parse_dicom_options
+    from lungct_kedro.readers.images import parse_image_folder_options
+    from lungct_kedro.readers.nifti import parse_nifti_options
+
+    parsers = {"image_folder": parse_image_folder_options, "dicom": parse_dicom_options, "nifti": parse_nifti_options}
+    try:
+        parsers[kind](options)
+    except ValueError as error:
+        raise DatasetError(f"source '{name}': {error}") from error
 
 
 def _parse_mask_map(raw: Mapping[Any, Any] | None, name: str) -> dict[int, int]:
@@ -187,6 +213,9 @@ class ScanSourcesDataset(AbstractDataset[None, list[DeclaredSource]]):
 
     Loading validates the declaration and resolves paths but reads no image:
     the ingestion node reads each source lazily, one volume at a time.
+    ``pseudonym_secret`` is the key of the keyed-hash pseudonyms; the catalog
+    takes it from the ``LUNGCT_PSEUDONYM_SECRET`` environment variable, so it
+    is neither committed nor shown by ``kedro viz`` with the parameters.
 
     Example catalog entry::
 
@@ -201,12 +230,18 @@ class ScanSourcesDataset(AbstractDataset[None, list[DeclaredSource]]):
             mask_map: {3: 0}   # optional: renumber mask classes before checks
     """
 
-    def __init__(self, sources: list[Mapping[str, Any]], metadata: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        sources: list[Mapping[str, Any]],
+        pseudonym_secret: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         self._entries = list(sources or [])
+        self._pseudonym_secret = pseudonym_secret
         self.metadata = metadata
 
     def load(self) -> list[DeclaredSource]:
-        return parse_sources(self._entries)
+        return parse_sources(self._entries, pseudonym_secret=self._pseudonym_secret)
 
     def save(self, data: None) -> None:
         raise DatasetError("declared sources are read-only; edit the catalog to change them")

@@ -63,3 +63,19 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
         return square
     resized = resize(square, (size, size), order=0, anti_aliasing=False, preserve_range=True)
     return resized.astype(np.uint8)
+
+
+def restore_original_geometry(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Undo ``resize_mask``: bring a stored class map back to the source slice's size.
+
+    The square map is resized to the padded side with nearest-neighbour
+    sampling and the symmetric padding is cropped off, so the result lines up
+    with the slice as its reader produced it.
+    """
+    side = max(height, width)
+    square = np.asarray(mask, dtype=np.uint8)
+    if square.shape != (side, side):
+        square = resize(square, (side, side), order=0, anti_aliasing=False, preserve_range=True).astype(np.uint8)
+    top = (side - height) // 2
+    left = (side - width) // 2
+    return square[top : top + height, left : left + width]

@@ -1,4 +1,8 @@
-"""Poor-quality twin of a phantom slice: simulated low dose and occasional faults."""
+"""Poor-quality twin of a phantom slice: simulated low dose and occasional faults.
+
+The faults are the HU forms of the degradation model in
+``lungct_kedro.imaging.degrade``, which the dehazing pipeline also uses.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from lungct_kedro.imaging.lowdose import apply_contrast_fault, apply_exposure_fault, simulate_low_dose
+from lungct_kedro.imaging.degrade import contrast_fault, exposure_fault, low_dose_fault
 
 # Many scanners store 12-bit values with a -1024 HU intercept, so the twin is
 # clipped to that range like a stored image would be.
@@ -37,21 +41,21 @@ def make_poor_quality_twin(
     """
     dose_fraction = rng.uniform(*low_quality["dose_fraction"])
     fault_draw = rng.random()
-    exposure_fault = rng.random() < 0.5
+    use_exposure_fault = rng.random() < 0.5
     shift_hu = rng.uniform(*low_quality["exposure_shift_hu"])
     contrast_factor = rng.uniform(*low_quality["contrast_factor"])
 
-    twin = simulate_low_dose(
+    twin = low_dose_fault(
         hu,
         dose_fraction,
         rng,
+        spacing_mm=spacing_mm,
         incident_photons=float(low_quality["incident_photons"]),
         n_angles=int(low_quality["n_angles"]),
-        pixel_spacing_mm=spacing_mm,
     )
     if fault_draw < low_quality["fault_probability"]:
-        if exposure_fault:
-            twin = apply_exposure_fault(twin, shift_hu)
+        if use_exposure_fault:
+            twin = exposure_fault(twin, gain=1.0, offset=shift_hu, domain="hu")
         else:
-            twin = apply_contrast_fault(twin, contrast_factor)
+            twin = contrast_fault(twin, contrast_factor, domain="hu")
     return np.clip(twin, *STORED_HU_RANGE).astype(np.float32)

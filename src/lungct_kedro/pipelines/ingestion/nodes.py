@@ -23,6 +23,11 @@ logger = logging.getLogger(__name__)
 
 SEVERITY_GRADES = ("ordinary", "severe", "critical")
 
+#: Pseudonym key used when LUNGCT_PSEUDONYM_SECRET is unset. It is public, so
+#: anyone holding an original ID can recompute its pseudonym: fine for the
+#: phantom, not for real scans.
+PUBLIC_PSEUDONYM_SECRET = "lungct-kedro-public-default"
+
 #: Manifest columns written by ingestion; label columns follow them.
 MANIFEST_COLUMNS = [
     "slice_id",
@@ -64,8 +69,8 @@ def harmonise_sources(
         sources: Declared sources from the catalog.
         phantom_params: Settings of the synthetic phantom.
         ingestion_params: ``image_size`` (px), ``window_level_hu``,
-            ``window_width_hu``, ``mask_values`` (allowed class indices) and
-            ``pseudonym_secret``.
+            ``window_width_hu`` and ``mask_values`` (allowed class indices).
+            The pseudonym key comes with each source, not from here.
 
     Returns:
         The manifest (one row per slice), a run summary with counts per
@@ -82,7 +87,6 @@ def harmonise_sources(
     started = time.perf_counter()
     size = int(ingestion_params["image_size"])
     window = (float(ingestion_params["window_level_hu"]), float(ingestion_params["window_width_hu"]))
-    secret = str(ingestion_params["pseudonym_secret"])
     mask_values = set(int(value) for value in ingestion_params["mask_values"])
 
     columns: dict[str, list[np.ndarray]] = {"image": [], "mask": [], "hu": [], "image_lowq": []}
@@ -93,6 +97,7 @@ def harmonise_sources(
         source_started = time.perf_counter()
         skipped: list[SkippedFile] | None = [] if source.skip_invalid else None
         label_table = _load_label_table(source.labels)
+        secret = _pseudonym_secret(source)
         n_before = len(rows)
         for raw in source.read(skipped, phantom_params):
             try:
@@ -151,6 +156,18 @@ def harmonise_sources(
     )
     store.attributes["slice_ids"] = manifest["slice_id"].tolist()
     return manifest, summary, store
+
+
+def _pseudonym_secret(source: DeclaredSource) -> str:
+    if source.pseudonym_secret:
+        return source.pseudonym_secret
+    if source.kind != "phantom":
+        logger.warning(
+            "Source '%s' is pseudonymised with the public default key, so anyone holding an original "
+            "patient ID can recompute its pseudonym; set LUNGCT_PSEUDONYM_SECRET before ingesting real scans",
+            source.name,
+        )
+    return PUBLIC_PSEUDONYM_SECRET
 
 
 def _load_label_table(join: LabelJoin | None):

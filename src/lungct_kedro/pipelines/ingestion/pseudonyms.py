@@ -14,7 +14,7 @@ def pseudonym(prefix: str, secret: str, *parts: object) -> str:
 
     Args:
         prefix: Short tag that says what the pseudonym stands for.
-        secret: Project secret (``ingestion.pseudonym_secret``).
+        secret: The pseudonym key (``LUNGCT_PSEUDONYM_SECRET``).
         parts: The original keys, for example the source name and the
             patient identifier.
     """

@@ -85,7 +85,7 @@ def train_segmentation_model(
         "best_val_score": result.best_score,
     }
     history = pd.DataFrame(result.history)
-    return checkpoint, history, plot_training_curves(history)
+    return checkpoint, history, plot_training_curves(history, result.best_iteration)
 
 
 def evaluate_segmentation_model(
@@ -133,6 +133,6 @@ def evaluate_segmentation_model(
         np.asarray(slice_store.arrays["image"][rows[overlay_rows]], dtype=np.float32),
         references[overlay_rows],
         predictions[overlay_rows],
-        [f"Dice {per_slice.loc[i, 'dice']:.2f}" for i in overlay_rows],
+        [f"{per_slice.loc[i, 'slice_id']}, Dice {per_slice.loc[i, 'dice']:.2f}" for i in overlay_rows],
     )
     return metrics, per_slice, figure

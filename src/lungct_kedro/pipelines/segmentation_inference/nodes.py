@@ -8,9 +8,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from PIL import Image
 
 from lungct_kedro.datasets.slice_store import SliceStore
+from lungct_kedro.imaging.hu import restore_original_geometry
+from lungct_kedro.pipelines.segmentation.figures import plot_overlays
 from lungct_kedro.training.metrics import per_slice_lesion_metrics, summarise_segmentation
 from lungct_kedro.training.segmentation import load_segmentation_model, predict_class_maps, reference_class_maps
 
@@ -22,13 +25,16 @@ def predict_new_scans(
     inference_manifest: pd.DataFrame,
     checkpoint: Mapping[str, Any],
     params: Mapping[str, Any],
-) -> tuple[dict[str, Image.Image], dict[str, Any], pd.DataFrame]:
+) -> tuple[dict[str, Image.Image], dict[str, Any], pd.DataFrame, Figure]:
     """Apply a trained checkpoint to newly ingested scans.
 
     Returns:
-        Predicted class maps as PNG images keyed by ``slice_id`` (pixel value
-        = class index), metrics over the slices that have reference masks
-        (``{"n_slices_scored": 0}`` when none has), and a per-slice table.
+        Predicted class maps as PNG images keyed by ``slice_id``, in the
+        source slice's own size and orientation (pixel value = class index:
+        0 background, 1 ground-glass opacity, 2 consolidation); metrics over
+        the slices that have reference masks (``{"n_slices_scored": 0}`` when
+        none has); a per-slice table; and a figure of predictions overlaid
+        on the slices with the most predicted lesion.
 
     Raises:
         ValueError: The store's slice size differs from the checkpoint's.
@@ -43,8 +49,13 @@ def predict_new_scans(
     model, device = load_segmentation_model(checkpoint, params.get("device", "auto"))
     predictions = predict_class_maps(model, inference_store, rows, device, int(params["evaluation"]["batch_size"]))
     images = {
-        slice_id: Image.fromarray(prediction, mode="L")
-        for slice_id, prediction in zip(inference_manifest["slice_id"], predictions)
+        slice_id: Image.fromarray(restore_original_geometry(prediction, int(height), int(width)), mode="L")
+        for slice_id, prediction, height, width in zip(
+            inference_manifest["slice_id"],
+            predictions,
+            inference_manifest["original_height"],
+            inference_manifest["original_width"],
+        )
     }
 
     table = inference_manifest[["slice_id", "source", "has_mask"]].reset_index(drop=True)
@@ -61,4 +72,14 @@ def predict_new_scans(
         logger.info("Inference Dice %.4f per slice over %d scored slices", metrics["dice_mean"], len(scored))
     else:
         logger.info("Inference: no reference masks, %d slices predicted without scores", len(table))
-    return images, metrics, table
+    n_overlays = int(params["evaluation"]["overlay_slices"])
+    overlay_rows = table.sort_values("predicted_pixels", ascending=False).index[:n_overlays]
+    figure = plot_overlays(
+        np.asarray(inference_store.arrays["image"][rows[overlay_rows]], dtype=np.float32),
+        None,
+        predictions[overlay_rows],
+        [f"{table.loc[i, 'source']} {table.loc[i, 'slice_id']}" for i in overlay_rows],
+        title="New scans with predicted lesions\nyellow = ground-glass, red = consolidation",
+    )
+    return images, metrics, table, figure
+

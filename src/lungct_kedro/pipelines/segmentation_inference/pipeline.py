@@ -21,7 +21,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 func=predict_new_scans,
                 inputs=["inference_store", "inference_manifest", "segmentation_checkpoint", "params:segmentation"],
-                outputs=["inference_masks", "inference_metrics", "inference_per_slice"],
+                outputs=["inference_masks", "inference_metrics", "inference_per_slice", "inference_overlays"],
                 name="predict_new_scans",
             ),
         ]
