@@ -8,16 +8,20 @@ from typing import Any
 import torch
 from monai.networks.nets import UNet
 
-ARCHITECTURES = ("unet",)
+ARCHITECTURES = ("unet", "flexible_unet_resnet18")
 
 
 def build_segmentation_model(model_params: Mapping[str, Any], out_channels: int) -> torch.nn.Module:
     """Build a 2D segmentation network with one input channel.
 
     Args:
-        model_params: ``architecture`` (``unet``), ``channels`` (feature
-            maps per level, e.g. [16, 32, 64, 128]), ``num_res_units`` and
-            ``dropout``. Each level after the first halves the resolution.
+        model_params: ``architecture``: ``unet`` (MONAI ``UNet`` built from
+            ``channels``, the feature maps per level, e.g. [16, 32, 64, 128],
+            ``num_res_units`` and ``dropout``; each level after the first
+            halves the resolution) or ``flexible_unet_resnet18`` (MONAI
+            ``FlexibleUNet`` whose encoder is the shared ResNet-18, so
+            pre-trained encoder weights load into it; the other keys are
+            ignored).
         out_channels: Number of classes including background.
 
     Raises:
@@ -26,6 +30,8 @@ def build_segmentation_model(model_params: Mapping[str, Any], out_channels: int)
     architecture = model_params.get("architecture", "unet")
     if architecture not in ARCHITECTURES:
         raise ValueError(f"segmentation architecture {architecture!r} is not supported; use one of {ARCHITECTURES}")
+    if architecture == "flexible_unet_resnet18":
+        return build_flexible_unet_resnet18(out_channels)
     channels = tuple(int(value) for value in model_params["channels"])
     if len(channels) < 2:
         raise ValueError(f"model channels need at least two levels, got {list(channels)}")

@@ -11,7 +11,7 @@ import torch
 from monai.losses import DiceCELoss
 
 from lungct_kedro.datasets.slice_store import SliceStore
-from lungct_kedro.models.segmentation import build_segmentation_model
+from lungct_kedro.models.segmentation import build_segmentation_model, load_resnet18_encoder_into_flexible_unet
 from lungct_kedro.training.data import endless_store_batches, random_rotate_flip, read_slices
 from lungct_kedro.training.device import seed_everything, select_device
 from lungct_kedro.training.loop import TrainingResult, train_iterations
@@ -65,6 +65,7 @@ def train_segmentation(
     train_indices: Sequence[int],
     val_indices: Sequence[int],
     params: Mapping[str, Any],
+    init_encoder_state: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[torch.nn.Module, TrainingResult]:
     """Train a segmentation network with Dice + cross-entropy loss and SGD.
 
@@ -77,6 +78,12 @@ def train_segmentation(
         train_indices: Store rows to train on.
         val_indices: Store rows to validate on.
         params: The ``segmentation`` parameters.
+        init_encoder_state: ResNet-18 encoder weights (from the pretraining
+            pipeline) to start from; needs the ``flexible_unet_resnet18``
+            architecture.
+
+    Raises:
+        ValueError: ``init_encoder_state`` is given for another architecture.
 
     Returns:
         The model holding its best state, and the training result.
@@ -86,7 +93,20 @@ def train_segmentation(
     generator = seed_everything(int(params["seed"]))
     device = select_device(params.get("device", "auto"))
 
-    model = build_segmentation_model(params["model"], number_of_classes(params["target"])).to(device)
+    model = build_segmentation_model(params["model"], number_of_classes(params["target"]))
+    if init_encoder_state is not None:
+        if params["model"].get("architecture") != "flexible_unet_resnet18":
+            raise ValueError(
+                "pre-trained encoder weights need segmentation.model.architecture: flexible_unet_resnet18, "
+                f"got {params['model'].get('architecture')!r}"
+            )
+        report = load_resnet18_encoder_into_flexible_unet(model, init_encoder_state)
+        logger.info(
+            "Loaded %d pre-trained encoder tensors into the U-Net (%d encoder tensors keep random values)",
+            report["loaded"],
+            len(report["not_initialised"]),
+        )
+    model = model.to(device)
     batches = endless_store_batches(store, train_indices, int(training["batch_size"]), generator, binary)
     rotate_degrees = float(params["augmentation"]["rotate_degrees"])
     flip_probability = float(params["augmentation"]["flip_probability"])
