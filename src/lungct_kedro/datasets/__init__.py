@@ -1,6 +1,7 @@
 """Kedro datasets for formats that kedro-datasets does not cover."""
 
 from lungct_kedro.datasets.checkpoint import TorchCheckpointDataset
+from lungct_kedro.datasets.export import ExportFolderDataset
 from lungct_kedro.datasets.slice_store import SliceStore, SliceStoreDataset
 from lungct_kedro.datasets.sources import DeclaredSource, ScanSourcesDataset
 from lungct_kedro.datasets.tables import AtomicJSONDataset, AtomicParquetDataset
@@ -9,6 +10,7 @@ __all__ = [
     "AtomicJSONDataset",
     "AtomicParquetDataset",
     "DeclaredSource",
+    "ExportFolderDataset",
     "ScanSourcesDataset",
     "SliceStore",
     "SliceStoreDataset",
