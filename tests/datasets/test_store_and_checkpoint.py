@@ -108,3 +108,18 @@ def test_store_rows_checked_against_manifest():
         store.check_rows(["sl-a"], [1])
     with pytest.raises(ValueError, match="different ingestion runs"):
         store.check_rows(["sl-c"], [5])
+
+
+def test_saved_outputs_follow_umask(tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        SliceStoreDataset(str(tmp_path / "store")).save(make_store())
+        checkpoint = tmp_path / "model.pt"
+        TorchCheckpointDataset(str(checkpoint)).save({"state_dict": {}})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "store").stat().st_mode) == 0o755
+    assert stat.S_IMODE(checkpoint.stat().st_mode) == 0o644

@@ -10,6 +10,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield a temporary folder that replaces ``target`` only on success.
@@ -20,6 +26,8 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    # mkdtemp creates mode 0700; give the output the permissions a plain mkdir would.
+    os.chmod(staging, 0o777 & ~_current_umask())
     try:
         yield staging
     except BaseException:
@@ -41,6 +49,8 @@ def atomic_file(target: Path) -> Iterator[Path]:
     handle, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(handle)
     staging = Path(name)
+    # mkstemp creates mode 0600; give the output the permissions a plain open would.
+    os.chmod(staging, 0o666 & ~_current_umask())
     try:
         yield staging
     except BaseException:

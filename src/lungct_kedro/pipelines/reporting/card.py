@@ -77,12 +77,12 @@ def preprocessing_section(store_attributes: dict[str, Any], bit_depth: int) -> s
 
 RULES_SECTION = """## Subset rules
 
-- `segmentation/`: every slice with a lesion mask, in its split.
+- `segmentation/`: every slice that has a mask, in its split; lesion-free slices have all-zero masks.
 - `classification/labeled/<class>/`: every slice of the classification sources whose label
   (`{label_column}`) is one of {classes}, in any split; `metadata/splits/` gives the split.
 - `classification/unlabeled/`: the train-split slices of the classification sources without such a
-  label, which is the pool that semi-supervised training draws from. Val and test slices without a
-  label are not exported there.
+  label. Val and test slices without a label are not exported there. The classification
+  pipeline's Mean Teacher pool also takes the labeled train slices not drawn into a label budget.
 - `pre-training/`: every train-split slice of the pre-training sources ({pretraining_sources});
   labels are ignored.
 - `dehazing/`: the curated low-quality subset; `hazy/<slice_id>_<variant>.png` is the low-quality slice

@@ -70,12 +70,13 @@ def label_strings(manifest: pd.DataFrame, label_column: str) -> pd.Series:
 
 
 def select_classification(manifest: pd.DataFrame, classification: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split the classification sources into labeled slices and the unlabeled pool.
+    """Split the classification sources into labeled and unlabeled slices.
 
     Labeled: every slice, in any split, whose ``label_column`` value is one of
     ``classes``; the ``label`` column holds that class. Unlabeled: the
-    train-split slices of the same sources without such a label, which is the
-    pool that semi-supervised training draws from.
+    train-split slices of the same sources without such a label. (The
+    classification pipeline's Mean Teacher pool is larger, because it also
+    takes labeled train slices that no label budget drew.)
     """
     rows = select_sources(manifest, classification.get("sources"))
     labels = label_strings(rows, classification["label_column"])
