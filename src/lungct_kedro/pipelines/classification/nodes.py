@@ -171,6 +171,29 @@ def _checkpoint(
     }
 
 
+def evaluation_rows(
+    slices: pd.DataFrame, params: Mapping[str, Any], index_of: Mapping[str, int], description: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Return store rows and labels of the evaluation split and of validation.
+
+    When metrics come from the val split, validation is left empty so that
+    training never looks at it. Logs how checkpoints are selected.
+
+    Returns:
+        Evaluation rows and labels, validation rows and labels, and whether
+        checkpoints are selected on validation.
+    """
+    evaluation_split = params["evaluation"]["split"]
+    eval_rows, eval_labels = _labeled_rows(slices, evaluation_split, index_of)
+    select_on_val, selection_note = _use_validation(slices, params)
+    logger.log(logging.INFO if select_on_val else logging.WARNING, "%s: %s", description, selection_note)
+    if evaluation_split == "val":
+        empty = np.zeros(0, dtype=np.int64)
+        return eval_rows, eval_labels, empty, empty, select_on_val
+    val_rows, val_labels = _labeled_rows(slices, "val", index_of)
+    return eval_rows, eval_labels, val_rows, val_labels, select_on_val
+
+
 def _labeled_rows(slices: pd.DataFrame, split: str, index_of: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
     chosen = slices[(slices["split"] == split) & slices["label"].notna()]
     return chosen["store_index"].to_numpy(dtype=np.int64), chosen["label"].map(index_of).to_numpy(dtype=np.int64)
@@ -199,15 +222,9 @@ def run_few_shot_experiments(
     classes = _classes(params)
     index_of = {name: i for i, name in enumerate(classes)}
     evaluation_split = params["evaluation"]["split"]
-    eval_rows, eval_labels = _labeled_rows(classification_slices, evaluation_split, index_of)
-
-    select_on_val, selection_note = _use_validation(classification_slices, params)
-    logger.log(logging.INFO if select_on_val else logging.WARNING, "Checkpoint selection: %s", selection_note)
-    if evaluation_split == "val":
-        # Metrics come from val, so the runs must not look at it while training.
-        val_rows, val_labels = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    else:
-        val_rows, val_labels = _labeled_rows(classification_slices, "val", index_of)
+    eval_rows, eval_labels, val_rows, val_labels, select_on_val = evaluation_rows(
+        classification_slices, params, index_of, "Checkpoint selection"
+    )
     prep = build_preprocessing(params, slice_store.image_size)
 
     records, histories = [], []

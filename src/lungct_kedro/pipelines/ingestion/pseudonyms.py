@@ -13,7 +13,7 @@ def pseudonym(prefix: str, secret: str, *parts: object) -> str:
     secret the original parts cannot be recovered by trying known identifiers.
 
     Args:
-        prefix: Short tag that says what the pseudonym stands for.
+        prefix: Short tag naming what the pseudonym replaces.
         secret: The pseudonym key (``LUNGCT_PSEUDONYM_SECRET``).
         parts: The original keys, for example the source name and the
             patient identifier.

@@ -16,9 +16,8 @@ from matplotlib.figure import Figure
 
 from lungct_kedro.datasets.slice_store import SliceStore
 from lungct_kedro.pipelines.classification.nodes import (
-    _labeled_rows,
-    _use_validation,
     draw_label_budgets,
+    evaluation_rows,
     select_classification_slices,
 )
 from lungct_kedro.pipelines.pretraining.figures import plot_pretraining_curves, plot_transfer_comparison
@@ -172,13 +171,9 @@ def compare_transfer(
     classes = [str(name) for name in base["classes"]]
     index_of = {name: i for i, name in enumerate(classes)}
     evaluation_split = base["evaluation"]["split"]
-    eval_rows, eval_labels = _labeled_rows(slices, evaluation_split, index_of)
-    select_on_val, note = _use_validation(slices, base)
-    logger.log(logging.INFO if select_on_val else logging.WARNING, "Transfer checkpoint selection: %s", note)
-    if evaluation_split == "val":
-        val_rows, val_labels = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    else:
-        val_rows, val_labels = _labeled_rows(slices, "val", index_of)
+    eval_rows, eval_labels, val_rows, val_labels, select_on_val = evaluation_rows(
+        slices, base, index_of, "Transfer checkpoint selection"
+    )
     prep = build_preprocessing(base, slice_store.image_size)
     encoder_state = pretrained_encoder["state_dict"]
 

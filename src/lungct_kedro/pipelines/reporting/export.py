@@ -73,7 +73,7 @@ def select_classification(manifest: pd.DataFrame, classification: dict[str, Any]
     """Split the classification sources into labeled and unlabeled slices.
 
     Labeled: every slice, in any split, whose ``label_column`` value is one of
-    ``classes``; the ``label`` column holds that class. Unlabeled: the
+    ``classes``; the ``label`` column contains that class. Unlabeled: the
     train-split slices of the same sources without such a label. (The
     classification pipeline's Mean Teacher pool is larger, because it also
     takes labeled train slices that no label budget drew.)
@@ -153,7 +153,7 @@ def json_bytes(document: Any) -> bytes:
 def monai_datalist(segmentation: pd.DataFrame) -> dict[str, list[dict[str, str]]]:
     """Return a MONAI datalist with ``training``, ``validation`` and ``test`` lists.
 
-    Paths are relative to the ``segmentation/`` folder that holds the datalist,
+    Paths are relative to the ``segmentation/`` folder that contains the datalist,
     which is where ``monai.data.load_decathlon_datalist`` resolves them.
     """
     keys = {"train": "training", "val": "validation", "test": "test"}
