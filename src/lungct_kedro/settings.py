@@ -12,7 +12,7 @@ from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
 # Kedro 1.7 registers its resolvers with a call that OmegaConf now flags as deprecated;
-# the message repeats on every command and says nothing about this project.
+# the message repeats on every command and is not about this project.
 warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader

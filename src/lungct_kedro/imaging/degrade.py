@@ -344,7 +344,7 @@ def apply_fault_plan(
         float32 degraded slice in [0, 1].
 
     Raises:
-        ValueError: The plan asks for low dose in the projection domain but
+        ValueError: The plan requests low dose in the projection domain but
             ``hu`` or ``spacing_mm`` is missing.
     """
     degraded = np.asarray(image, dtype=np.float32)
