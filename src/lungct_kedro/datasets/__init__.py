@@ -2,6 +2,7 @@
 
 from lungct_kedro.datasets.checkpoint import TorchCheckpointDataset
 from lungct_kedro.datasets.export import ExportFolderDataset
+from lungct_kedro.datasets.optional import OptionalDataset
 from lungct_kedro.datasets.slice_store import SliceStore, SliceStoreDataset
 from lungct_kedro.datasets.sources import DeclaredSource, ScanSourcesDataset
 from lungct_kedro.datasets.tables import AtomicJSONDataset, AtomicParquetDataset
@@ -11,6 +12,7 @@ __all__ = [
     "AtomicParquetDataset",
     "DeclaredSource",
     "ExportFolderDataset",
+    "OptionalDataset",
     "ScanSourcesDataset",
     "SliceStore",
     "SliceStoreDataset",
