@@ -274,3 +274,12 @@ def test_classification_unlabeled_is_train_only():
     assert labeled["slice_id"].tolist() == ["a", "d"]
     assert labeled["label"].tolist() == ["severe", "ordinary"]
     assert unlabeled["slice_id"].tolist() == ["c"]
+
+
+def test_all_missing_string_label_column_selects_no_labeled_slice():
+    manifest = pd.DataFrame(
+        {"severity": pd.array([pd.NA, pd.NA], dtype="string"), "source": ["a", "a"], "split": ["train", "val"]}
+    )
+    labeled, unlabeled = select_classification(manifest, {"sources": None, "label_column": "severity", "classes": ["ordinary"]})
+    assert labeled.empty
+    assert unlabeled.index.tolist() == [0]

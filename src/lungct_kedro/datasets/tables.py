@@ -1,4 +1,4 @@
-"""Parquet and JSON datasets that write to a temporary file and rename it into place.
+"""Parquet, JSON and text datasets that write to a temporary file and rename it into place.
 
 kedro-datasets' writers open the target file for writing first, so a failed
 save leaves an empty or partial file where the previous output was. These
@@ -65,6 +65,31 @@ class AtomicJSONDataset(AbstractDataset[Any, Any]):
     def save(self, data: Any) -> None:
         with atomic_file(self._filepath) as staging:
             staging.write_text(json.dumps(data, indent=self._indent))
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+
+class AtomicTextDataset(AbstractDataset[str, str]):
+    """A UTF-8 text file (CSV, Markdown, LaTeX), replaced atomically."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> str:
+        if not self._filepath.is_file():
+            raise DatasetError(f"{self._filepath} not found; run the pipeline that writes it first")
+        return self._filepath.read_text(encoding="utf-8")
+
+    def save(self, data: str) -> None:
+        if not isinstance(data, str):
+            raise DatasetError(f"{self._filepath} takes text; got {type(data).__name__}")
+        with atomic_file(self._filepath) as staging:
+            staging.write_text(data, encoding="utf-8")
 
     def _exists(self) -> bool:
         return self._filepath.is_file()

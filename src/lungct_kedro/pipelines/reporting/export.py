@@ -65,8 +65,11 @@ def label_strings(manifest: pd.DataFrame, label_column: str) -> pd.Series:
     """Return the label of each row as a string, or NA where it is missing."""
     if label_column not in manifest.columns:
         return pd.Series(pd.NA, index=manifest.index, dtype="object")
-    labels = manifest[label_column]
-    return labels.where(labels.notna(), pd.NA).map(lambda value: value if value is pd.NA else str(value))
+    # Object dtype first: an all-missing string column would otherwise map to a null-typed series.
+    labels = manifest[label_column].astype(object)
+    return pd.Series(
+        [pd.NA if pd.isna(value) else str(value) for value in labels], index=manifest.index, dtype="object"
+    )
 
 
 def select_classification(manifest: pd.DataFrame, classification: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
