@@ -1,0 +1,1 @@
+"""Tests of the kedro-viz lineage: names, layers and the rendered page."""
