@@ -9,6 +9,10 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# MONAI imports MLflow whenever it is installed; without this MLflow writes a telemetry
+# file under the home folder on import. The Makefile sets it too; this covers a bare pytest.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:

@@ -38,6 +38,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "classification_mean_teacher_checkpoint",
                 ],
                 name="run_few_shot_experiments",
+                tags=["training"],
             ),
             Node(
                 func=summarise_few_shot_results,

@@ -26,6 +26,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["slice_store", "dehazing_slices", "params:dehazing"],
                 outputs=["dehazing_checkpoint", "dehazing_history", "dehazing_training_curves"],
                 name="train_dehazing_model",
+                tags=["training"],
             ),
             Node(
                 func=evaluate_dehazing_model,

@@ -23,6 +23,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["slice_store", "pretraining_slices", "params:pretraining"],
                 outputs=["pretrained_encoder", "pretraining_history", "pretraining_curves"],
                 name="pretrain_ssl_encoder",
+                tags=["training"],
             ),
             Node(
                 func=compare_transfer,
@@ -41,6 +42,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "transfer_figure",
                 ],
                 name="compare_transfer",
+                tags=["training"],
             ),
             Node(
                 func=compare_segmentation_transfer,
@@ -57,6 +59,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "segmentation_transfer_summary",
                 ],
                 name="compare_segmentation_transfer",
+                tags=["training"],
             ),
         ]
     )
