@@ -22,12 +22,14 @@ TINY_PARAMS: dict[str, Any] = {
         "training": {"iterations": 6, "batch_size": 4, "validate_every": 3, "log_every": 3},
         "evaluation": {"overlay_slices": 2},
     },
+    # Each report notebook starts a Jupyter kernel, which takes seconds, so only the notebook tests execute them.
+    "reporting_notebooks": {"execute": False},
 }
 
 
 @pytest.fixture
 def kedro_project(tmp_path, monkeypatch) -> Path:
-    """Copy ``conf/`` and ``pyproject.toml`` into ``tmp_path`` and work there.
+    """Copy ``conf/``, ``notebooks/`` and ``pyproject.toml`` into ``tmp_path`` and work there.
 
     Outputs land under ``tmp_path / "data"``, never in the checkout or in
     the read-only sample folder.
@@ -35,11 +37,14 @@ def kedro_project(tmp_path, monkeypatch) -> Path:
     shutil.copytree(REPO_ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
     (tmp_path / "conf" / "local").mkdir()
     shutil.copy(REPO_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    shutil.copytree(REPO_ROOT / "notebooks", tmp_path / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     (tmp_path / "data").mkdir()
     # Kedro's bootstrap checks that a source folder exists; the package itself is installed.
     (tmp_path / "src").mkdir()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "1")
+    # Tracking has its own tests (test_tracking.py); elsewhere a store per test only costs time.
+    monkeypatch.setenv("LUNGCT_MLFLOW_ENABLED", "false")
     bootstrap_project(tmp_path)
     return tmp_path
 

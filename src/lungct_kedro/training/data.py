@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,17 +33,25 @@ def read_slices(store: SliceStore, rows: Sequence[int], binary: bool = False) ->
     return batch
 
 
+def class_labels(rows: Sequence[int], class_targets: Mapping[int, int]) -> torch.Tensor:
+    """Return the class index of each store row, −1 for rows without a class (int64)."""
+    return torch.tensor([int(class_targets.get(int(row), -1)) for row in rows], dtype=torch.int64)
+
+
 def endless_store_batches(
     store: SliceStore,
     rows: Sequence[int],
     batch_size: int,
     generator: torch.Generator,
     binary: bool = False,
+    class_targets: Mapping[int, int] | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield shuffled batches of store rows forever, reshuffling at each pass.
 
     A pass drops its last incomplete batch, except when there are fewer rows
-    than one batch, where all rows form the batch.
+    than one batch, where all rows form the batch. With ``class_targets``
+    (store row → class index) each batch also has ``class_label`` (n,),
+    −1 where a row has no class.
 
     Raises:
         ValueError: ``rows`` is empty.
@@ -55,7 +63,27 @@ def endless_store_batches(
     while True:
         permutation = torch.randperm(len(rows), generator=generator).numpy()
         for start in range(0, per_pass * batch_size, batch_size):
-            yield read_slices(store, rows[permutation[start : start + batch_size]], binary)
+            chosen = rows[permutation[start : start + batch_size]]
+            batch = read_slices(store, chosen, binary)
+            if class_targets is not None:
+                batch["class_label"] = class_labels(chosen, class_targets)
+            yield batch
+
+
+def with_extra_batches(
+    batches: Iterator[dict[str, torch.Tensor]], extra: Iterator[dict[str, torch.Tensor]]
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Join each batch with one batch of ``extra``, whose keys get the prefix ``extra_``.
+
+    The extra batches carry images without masks (for example unlabeled
+    slices for a consistency loss), so their ``label`` is dropped.
+    """
+    for batch, extra_batch in zip(batches, extra):
+        joined = dict(batch)
+        for key, value in extra_batch.items():
+            if key != "label":
+                joined[f"extra_{key}"] = value
+        yield joined
 
 
 def random_rotate_flip(

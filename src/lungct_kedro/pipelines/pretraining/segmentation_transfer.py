@@ -40,7 +40,9 @@ def compare_segmentation_transfer(
     settings = params["transfer"]["segmentation"]
     seeds = [int(seed) for seed in settings["seeds"]]
     run_params = copy.deepcopy(dict(segmentation_params))
-    run_params["model"] = {**run_params["model"], "architecture": "flexible_unet_resnet18"}
+    # Each arm passes its own encoder weights, and only the segmentation output is compared.
+    run_params["model"] = {**run_params["model"], "architecture": "flexible_unet_resnet18", "encoder_init": "random"}
+    run_params["multitask"] = {**run_params.get("multitask", {}), "enabled": False}
     run_params["training"] = {
         **run_params["training"],
         "iterations": int(settings["iterations"]),

@@ -50,7 +50,7 @@ def plot_training_curves(history: pd.DataFrame, best_iteration: int | None = Non
     """Plot training loss and validation Dice against iteration, marking the kept checkpoint."""
     figure = Figure(figsize=(9, 3.5), layout="constrained")
     loss_axis, dice_axis = figure.subplots(1, 2)
-    loss_axis.plot(history["iteration"], history["train_loss"], label="training loss (Dice + CE)")
+    loss_axis.plot(history["iteration"], history["train_loss"], label="training loss (every term of the method)")
     loss_axis.set_xlabel("iteration")
     loss_axis.set_ylabel("loss")
     loss_axis.legend()

@@ -17,8 +17,10 @@ from lungct_kedro.training.segmentation import (
     load_segmentation_model,
     predict_class_maps,
     reference_class_maps,
+    segmentation_checkpoint,
     train_segmentation,
 )
+from lungct_kedro.training.segmentation_params import validate_segmentation_params
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +38,14 @@ def select_segmentation_slices(split_manifest: pd.DataFrame, params: Mapping[str
         ``patient_id``.
 
     Raises:
-        ValueError: No training or no test slice has a mask.
+        ValueError: Invalid ``segmentation`` parameters, or no training or no
+            test slice has a mask.
     """
+    validate_segmentation_params(params)
     chosen = split_manifest[split_manifest["has_mask"]]
     sources = params.get("sources")
     if sources:
-        unknown = set(sources) - set(split_manifest["source"].unique())
-        if unknown:
-            raise ValueError(f"segmentation.sources names unknown sources {sorted(unknown)}")
+        _check_sources(split_manifest, sources, "segmentation.sources")
         chosen = chosen[chosen["source"].isin(sources)]
     selected = chosen[["slice_id", "store_index", "split", "source", "patient_id"]].reset_index(drop=True)
     counts = selected["split"].value_counts()
@@ -57,33 +59,184 @@ def select_segmentation_slices(split_manifest: pd.DataFrame, params: Mapping[str
     return selected
 
 
+def _check_sources(split_manifest: pd.DataFrame, sources: list[str], key: str) -> None:
+    unknown = set(sources) - set(split_manifest["source"].unique())
+    if unknown:
+        raise ValueError(
+            f"{key} names unknown sources {sorted(unknown)}; the manifest has {sorted(split_manifest['source'].unique())}"
+        )
+
+
+AUXILIARY_COLUMNS = ["slice_id", "store_index", "source", "has_mask", "unlabeled", "class_label", "class_index"]
+
+
+def select_auxiliary_slices(split_manifest: pd.DataFrame, params: Mapping[str, Any]) -> pd.DataFrame:
+    """Pick the training-split slices that Mean Teacher and the multi-task head use beside the labeled ones.
+
+    * Unlabeled (``method: mean_teacher``): training slices without a mask,
+      from ``mean_teacher.unlabeled_sources`` (null: every source). When
+      there are none, as on the phantom where every slice has a mask, the
+      consistency loss uses the labeled training slices only, and an INFO
+      log line reports it.
+    * Class targets (``multitask.enabled``): training slices, with or
+      without a mask, whose ``multitask.label_column`` value is one of
+      ``multitask.classes``. Slices where the value is missing have no
+      class.
+
+    Only the training split is used, so no validation or test slice takes
+    part in training.
+
+    Args:
+        split_manifest: The manifest with its ``split`` column.
+        params: The ``segmentation`` parameters.
+
+    Returns:
+        One row per slice that is unlabeled or has a class: ``slice_id``,
+        ``store_index``, ``source``, ``has_mask``, ``unlabeled`` (used by the
+        consistency loss), ``class_label`` and ``class_index`` (−1 without a
+        class). Empty for supervised training without the multi-task head.
+
+    Raises:
+        ValueError: Unknown sources in ``unlabeled_sources``; with the
+            multi-task head on, a missing label column or no training slice
+            with a class.
+    """
+    train = split_manifest[split_manifest["split"] == "train"]
+    unlabeled = pd.Series(False, index=train.index)
+    if params.get("method", "supervised") == "mean_teacher":
+        unlabeled = _unlabeled_training_slices(split_manifest, train, params.get("mean_teacher") or {})
+
+    class_index = pd.Series(-1, index=train.index, dtype="int64")
+    class_label = pd.Series(pd.NA, index=train.index, dtype="string")
+    multitask = params.get("multitask") or {}
+    if multitask.get("enabled", False):
+        class_label, class_index = _class_targets(split_manifest, train, multitask)
+
+    chosen = unlabeled | (class_index >= 0)
+    selected = train.loc[chosen, ["slice_id", "store_index", "source", "has_mask"]].copy()
+    selected["unlabeled"] = unlabeled[chosen].to_numpy(dtype=bool)
+    selected["class_label"] = class_label[chosen].astype("string").to_numpy()
+    selected["class_index"] = class_index[chosen].to_numpy(dtype=np.int64)
+    return selected[AUXILIARY_COLUMNS].reset_index(drop=True)
+
+
+def _unlabeled_training_slices(
+    split_manifest: pd.DataFrame, train: pd.DataFrame, teacher: Mapping[str, Any]
+) -> pd.Series:
+    sources = teacher.get("unlabeled_sources")
+    candidates = ~train["has_mask"].astype(bool)
+    if sources:
+        _check_sources(split_manifest, list(sources), "segmentation.mean_teacher.unlabeled_sources")
+        candidates &= train["source"].isin(sources)
+    if not candidates.any():
+        logger.info(
+            "Mean Teacher: no training slice without a mask in %s, so the consistency loss uses the labeled "
+            "training slices only",
+            f"the sources {list(sources)}" if sources else "any source",
+        )
+    else:
+        logger.info(
+            "Mean Teacher: %d unlabeled training slices (%s)",
+            int(candidates.sum()),
+            train.loc[candidates, "source"].value_counts().to_dict(),
+        )
+    return candidates
+
+
+def _class_targets(
+    split_manifest: pd.DataFrame, train: pd.DataFrame, multitask: Mapping[str, Any]
+) -> tuple[pd.Series, pd.Series]:
+    column = multitask.get("label_column")
+    classes = [str(name) for name in multitask.get("classes") or []]
+    if column not in split_manifest.columns:
+        raise ValueError(
+            f"segmentation.multitask.label_column {column!r} is not a manifest column; the manifest has "
+            f"{sorted(split_manifest.columns)}. Name a label column that a source provides, or set "
+            "segmentation.multitask.enabled: false"
+        )
+    values = train[column].astype("string")
+    outside = values.notna() & ~values.isin(classes)
+    if outside.any():
+        logger.warning(
+            "Multi-task head: manifest column %r has values outside segmentation.multitask.classes %s %s; "
+            "those slices get no class",
+            column,
+            classes,
+            values[outside].value_counts().to_dict(),
+        )
+        values = values.mask(outside)
+    known = values.notna()
+    if not known.any():
+        raise ValueError(
+            f"no training slice has a value in manifest column {column!r}, so the multi-task head has nothing "
+            "to learn; choose another segmentation.multitask.label_column or disable multitask"
+        )
+    index = values.map(lambda value: classes.index(value) if isinstance(value, str) else -1).astype("int64")
+    logger.info(
+        "Multi-task head: %d training slices with a %s class (%s)",
+        int(known.sum()),
+        column,
+        values[known].value_counts().to_dict(),
+    )
+    return values, index
+
+
 def _rows(slices: pd.DataFrame, split: str) -> np.ndarray:
     return slices.loc[slices["split"] == split, "store_index"].to_numpy(dtype=np.int64)
 
 
 def train_segmentation_model(
-    slice_store: SliceStore, segmentation_slices: pd.DataFrame, params: Mapping[str, Any]
+    slice_store: SliceStore,
+    segmentation_slices: pd.DataFrame,
+    auxiliary_slices: pd.DataFrame,
+    pretrained_encoder: Mapping[str, Any] | None,
+    params: Mapping[str, Any],
 ) -> tuple[dict[str, Any], pd.DataFrame, Figure]:
-    """Train the segmentation network and package its best checkpoint.
+    """Train the segmentation network with the configured method and package its best checkpoint.
+
+    Args:
+        slice_store: The slice store.
+        segmentation_slices: Slices with masks and their split.
+        auxiliary_slices: Unlabeled and class-carrying training slices
+            (``select_auxiliary_slices``).
+        pretrained_encoder: The pretraining pipeline's checkpoint, or None
+            when it has not been written.
+        params: The ``segmentation`` parameters.
 
     Returns:
         The checkpoint (state dict and what is needed to rebuild the model),
         the training history table and its figure.
+
+    Raises:
+        ValueError: ``model.encoder_init`` is ``pretrained`` and the
+            pre-trained encoder does not exist yet.
     """
     slice_store.check_rows(segmentation_slices["slice_id"], segmentation_slices["store_index"])
+    slice_store.check_rows(auxiliary_slices["slice_id"], auxiliary_slices["store_index"])
+    encoder_state = None
+    if params["model"].get("encoder_init", "random") == "pretrained":
+        if pretrained_encoder is None:
+            raise ValueError(
+                "segmentation.model.encoder_init is pretrained, but data/06_models/pretrained_encoder.pt does not "
+                "exist; run the pretraining pipeline first (kedro run --pipeline=pretraining) or set "
+                "encoder_init: random"
+            )
+        encoder_state = pretrained_encoder["state_dict"]
+        logger.info("Starting the encoder from the %s pre-trained weights", pretrained_encoder.get("method", "unknown"))
+
+    unlabeled = auxiliary_slices.loc[auxiliary_slices["unlabeled"], "store_index"].to_numpy(dtype=np.int64)
+    with_class = auxiliary_slices[auxiliary_slices["class_index"] >= 0]
+    class_targets = dict(zip(with_class["store_index"].astype(int), with_class["class_index"].astype(int)))
     model, result = train_segmentation(
-        slice_store, _rows(segmentation_slices, "train"), _rows(segmentation_slices, "val"), params
+        slice_store,
+        _rows(segmentation_slices, "train"),
+        _rows(segmentation_slices, "val"),
+        params,
+        init_encoder_state=encoder_state,
+        unlabeled_indices=unlabeled,
+        class_targets=class_targets or None,
     )
-    checkpoint = {
-        "state_dict": {key: value.cpu() for key, value in model.state_dict().items()},
-        "model": dict(params["model"]),
-        "target": params["target"],
-        "image_size": slice_store.image_size,
-        "iterations": int(params["training"]["iterations"]),
-        "best_iteration": result.best_iteration,
-        "monitor": str(params["training"]["monitor"]),
-        "best_val_score": result.best_score,
-    }
+    checkpoint = segmentation_checkpoint(model, result, params, slice_store.image_size)
     history = pd.DataFrame(result.history)
     return checkpoint, history, plot_training_curves(history, result.best_iteration)
 
@@ -94,7 +247,11 @@ def evaluate_segmentation_model(
     checkpoint: Mapping[str, Any],
     params: Mapping[str, Any],
 ) -> tuple[dict[str, Any], pd.DataFrame, Figure]:
-    """Score the trained network on the test split.
+    """Score the trained network on the test split, with the ``segmentation.inference`` options.
+
+    ``inference.flip_tta`` averages the softmax over four flip views;
+    ``inference.postprocess`` applies the lung mask and removes small lesion
+    components (see ``training.postprocess``).
 
     Returns:
         The metrics (see ``summarise_segmentation``), a per-slice table and
@@ -104,8 +261,17 @@ def evaluate_segmentation_model(
     test = segmentation_slices[segmentation_slices["split"] == "test"].reset_index(drop=True)
     rows = test["store_index"].to_numpy(dtype=np.int64)
     binary = checkpoint["target"] == "binary"
+    inference = params.get("inference") or {}
     model, device = load_segmentation_model(checkpoint, params.get("device", "auto"))
-    predictions = predict_class_maps(model, slice_store, rows, device, int(params["evaluation"]["batch_size"]))
+    predictions = predict_class_maps(
+        model,
+        slice_store,
+        rows,
+        device,
+        int(params["evaluation"]["batch_size"]),
+        flip_tta=bool(inference.get("flip_tta", False)),
+        postprocess=inference.get("postprocess"),
+    )
     references = reference_class_maps(slice_store, rows, binary)
 
     per_slice = per_slice_lesion_metrics(predictions, references)
@@ -114,6 +280,11 @@ def evaluate_segmentation_model(
     metrics = {
         "split": "test",
         "target": checkpoint["target"],
+        "method": checkpoint.get("method", "supervised"),
+        "architecture": checkpoint["model"].get("architecture", "unet"),
+        "multitask": checkpoint.get("multitask_classes") is not None,
+        "flip_tta": bool(inference.get("flip_tta", False)),
+        "postprocess": dict(inference.get("postprocess") or {}),
         "best_iteration": checkpoint["best_iteration"],
         "monitor": checkpoint["monitor"],
         "best_val_score": checkpoint["best_val_score"],
