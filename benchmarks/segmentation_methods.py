@@ -54,6 +54,8 @@ from minimal_unet import predict_minimal_unet, train_minimal_unet  # noqa: E402
 from segmentation_methods_report import (  # noqa: E402
     markdown_report,
     replace_docs_section,
+    load_saved_table,
+    save_markdown,
     save_outputs,
     summary_table,
 )
@@ -235,13 +237,32 @@ def run_params(
         "log_every": NO_LOGS,
     }
     overrides: dict[str, Any] = {"seed": seed, "device": "cpu", "training": training}
-    rampup = (params.get("mean_teacher") or {}).get("rampup_iterations")
-    if rampup is not None:
+    teacher = params.get("mean_teacher") or {}
+    configured = int(params["training"]["iterations"])
+    if teacher.get("rampup_iterations") is not None:
         # The training code takes the ramp-up's share of the run as rampup_iterations / iterations,
         # so scaling both keeps the configured share.
-        share = float(rampup) / int(params["training"]["iterations"])
-        overrides["mean_teacher"] = {"rampup_iterations": max(1, round(share * cap))}
+        share = float(teacher["rampup_iterations"]) / configured
+        overrides.setdefault("mean_teacher", {})["rampup_iterations"] = max(1, round(share * cap))
+    if teacher.get("ema_decay") is not None:
+        overrides.setdefault("mean_teacher", {})["ema_decay"] = scaled_ema_decay(
+            float(teacher["ema_decay"]), configured, cap
+        )
     return deep_merge(params, overrides), expected
+
+
+def scaled_ema_decay(decay: float, configured_iterations: int, iterations: int) -> float:
+    """Return the EMA decay whose averaging horizon is the same share of ``iterations`` as ``decay``'s of the configured run.
+
+    The teacher averages the student over about ``1 / (1 − decay)`` steps. A
+    horizon of 100 steps suits the configured 1,000 iterations, but a budgeted
+    run of about 130 steps would leave a third of the teacher at its random
+    initial weights (0.99 ** 130 ≈ 0.27). The decay never exceeds the
+    configured one.
+    """
+    horizon_share = 1.0 / (1.0 - decay) / configured_iterations
+    horizon = max(1.0, horizon_share * iterations)
+    return min(decay, 1.0 - 1.0 / horizon)
 
 
 def calibrate(
@@ -561,7 +582,18 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         default="segmentation-methods",
         help="name of the marked section (<!-- NAME:start --> ... <!-- NAME:end -->) that receives the table",
     )
-    parser.add_argument("--project-path", type=Path, default=ROOT, help="Kedro project whose catalog saves the outputs")
+    parser.add_argument(
+        "--project-path",
+        type=Path,
+        default=None,
+        help="Kedro project whose catalog saves the outputs (default this project; none in --quick, so that "
+        "a smoke test never mixes into the saved results)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the Markdown report and the page section again from the saved table",
+    )
     parser.add_argument("--verbose", action="store_true", help="keep the training code's INFO log lines")
     args = parser.parse_args(argv)
 
@@ -584,8 +616,9 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         rebuild=args.rebuild,
         phantom=defaults["phantom"],
         pretraining=defaults["pretraining"],
-        project_path=args.project_path.resolve(),
+        project_path=args.project_path.resolve() if args.project_path else (None if args.quick else ROOT),
         docs_marker=args.docs_marker,
+        report_only=args.report_only,
         verbose=args.verbose,
         **chosen,
     )
@@ -628,12 +661,24 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     progress = Progress(total, expected_run_seconds(settings))
     for name in settings.datasets:
         prepared[name] = prepare_dataset(DATASETS[name], settings)
-        frames.append(benchmark_dataset(prepared[name], settings, progress))
+        if not settings.report_only:
+            frames.append(benchmark_dataset(prepared[name], settings, progress))
+    runs = pd.concat(frames, ignore_index=True) if frames else None
 
-    runs = pd.concat(frames, ignore_index=True)
-    table = summary_table(runs)
+    if settings.report_only:
+        if settings.project_path is None:
+            raise SystemExit("--report-only reads the saved table; pass --project-path with --quick")
+        saved = load_saved_table(settings.project_path)
+    elif settings.project_path is None:
+        saved = summary_table(runs)
+        print("Outputs not saved (--quick); pass --project-path to save them through a project's catalog", flush=True)
+    else:
+        saved = save_outputs(runs, summary_table(runs), settings.project_path)
+    # The report covers this command's datasets, with every method's latest result on them.
+    table = saved[saved["dataset"].isin(settings.datasets)].reset_index(drop=True)
     markdown = markdown_report(table, prepared, settings)
-    save_outputs(runs, table, markdown, settings.project_path)
+    if settings.project_path is not None:
+        save_markdown(markdown, settings.project_path)
     print("\n" + markdown, flush=True)
     if settings.docs_output is not None:
         docs = settings.docs_output

@@ -39,9 +39,13 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
             "note": others["status"] + ": " + others["note"],
         }
     )
+    return ordered_by_method(pd.concat([table, extra], ignore_index=True))
+
+
+def ordered_by_method(table: pd.DataFrame) -> pd.DataFrame:
+    """Sort rows by dataset, then in the order of ``METHODS``, the cheapest baselines first."""
     order = {method.name: position for position, method in enumerate(METHODS)}
-    table = pd.concat([table, extra], ignore_index=True)
-    table["_order"] = table["method"].map(order)
+    table = table.assign(_order=table["method"].map(order))
     return table.sort_values(["dataset", "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
@@ -78,14 +82,16 @@ def markdown_report(table: pd.DataFrame, prepared: Mapping[str, PreparedDataset]
         "| dataset | method | folds | seeds | runs | dice_mean ± std | dice_pooled ± std | cpu_seconds | note |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for row in table.itertuples():
+    for row in ordered_by_method(table).itertuples():
+        # A table read back from CSV has NaN where a note was empty.
+        note = "" if pd.isna(row.note) else row.note
         if pd.isna(row.dice_mean):
-            lines.append(f"| {row.dataset} | {row.method} | | | | | | | {row.note} |")
+            lines.append(f"| {row.dataset} | {row.method} | | | | | | | {note} |")
             continue
         lines.append(
             f"| {row.dataset} | {row.method} | {int(row.folds)} | {int(row.seeds)} | {int(row.runs)} | "
             f"{row.dice_mean:.3f} ± {row.dice_mean_std:.3f} | {row.dice_pooled:.3f} ± {row.dice_pooled_std:.3f} | "
-            f"{row.cpu_seconds:.0f} | {row.note} |"
+            f"{row.cpu_seconds:.0f} | {note} |"
         )
     lines += ["", *verdict_lines(table, settings)]
     return "\n".join(lines) + "\n"
@@ -149,26 +155,27 @@ def replace_docs_section(text: str, section: str, path: Path, marker: str = DOCS
     return text[: start + len(opening)] + "\n" + section.rstrip("\n") + "\n" + text[end:]
 
 
-def merge_datasets(previous: str | None, current: pd.DataFrame) -> pd.DataFrame:
-    """Replace the rows of ``current``'s datasets in a previously saved CSV, keep the others.
+def merge_results(previous: str | None, current: pd.DataFrame) -> pd.DataFrame:
+    """Replace the rows of ``current``'s (dataset, method) pairs in a previously saved CSV, keep the others.
 
-    Datasets can be benchmarked in separate commands (each with a budget that
-    suits it); the saved table then holds the latest result of every dataset.
+    Datasets, or single methods, can be benchmarked in separate commands; the
+    saved tables then hold the latest result of every dataset and method.
     """
     if not previous:
         return current
     earlier = pd.read_csv(io.StringIO(previous))
-    if "dataset" not in earlier.columns:
+    if not {"dataset", "method"} <= set(earlier.columns):
         return current
-    kept = earlier[~earlier["dataset"].isin(current["dataset"].unique())]
+    rerun = pd.MultiIndex.from_frame(current[["dataset", "method"]])
+    kept = earlier[~pd.MultiIndex.from_frame(earlier[["dataset", "method"]]).isin(rerun)]
     return pd.concat([kept, current], ignore_index=True) if len(kept) else current
 
 
-def save_outputs(runs: pd.DataFrame, table: pd.DataFrame, markdown: str, project_path: Path) -> pd.DataFrame:
-    """Save the runs, the table and its Markdown through the project's Kedro catalog.
+def save_outputs(runs: pd.DataFrame, table: pd.DataFrame, project_path: Path) -> pd.DataFrame:
+    """Save the runs and the table through the project's Kedro catalog, merged with the saved ones.
 
-    Rows of datasets that this command did not run are kept from the saved
-    files. Returns the saved table.
+    Rows of (dataset, method) pairs that this command did not run are kept
+    from the saved files. Returns the saved table.
     """
     bootstrap_project(project_path)
     with working_directory(project_path), KedroSession.create(project_path=project_path) as session:
@@ -176,7 +183,29 @@ def save_outputs(runs: pd.DataFrame, table: pd.DataFrame, markdown: str, project
         saved = {}
         for name, frame in (("segmentation_methods_runs", runs), ("segmentation_methods_table", table)):
             previous = catalog.load(name) if catalog.exists(name) else None
-            saved[name] = merge_datasets(previous, frame)
+            saved[name] = merge_results(previous, frame)
             catalog.save(name, saved[name].to_csv(index=False))
-        catalog.save("segmentation_methods_markdown", markdown)
     return saved["segmentation_methods_table"]
+
+
+def load_saved_table(project_path: Path) -> pd.DataFrame:
+    """Load the saved summary table through the project's Kedro catalog.
+
+    Raises:
+        FileNotFoundError: No comparison has been saved yet.
+    """
+    bootstrap_project(project_path)
+    with working_directory(project_path), KedroSession.create(project_path=project_path) as session:
+        catalog = session.load_context().catalog
+        if not catalog.exists("segmentation_methods_table"):
+            raise FileNotFoundError(
+                "no saved segmentation_methods_table to report; run benchmarks/segmentation_methods.py without "
+                "--report-only first"
+            )
+        return pd.read_csv(io.StringIO(catalog.load("segmentation_methods_table")))
+
+
+def save_markdown(markdown: str, project_path: Path) -> None:
+    """Save the Markdown report through the project's Kedro catalog."""
+    with working_directory(project_path), KedroSession.create(project_path=project_path) as session:
+        session.load_context().catalog.save("segmentation_methods_markdown", markdown)

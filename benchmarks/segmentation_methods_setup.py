@@ -233,9 +233,10 @@ class Settings:
     phantom: dict[str, Any]
     pretraining: dict[str, Any]
     docs_output: Path | None
-    project_path: Path
+    project_path: Path | None
     verbose: bool
     docs_marker: str = "segmentation-methods"
+    report_only: bool = False
 
 
 @dataclass

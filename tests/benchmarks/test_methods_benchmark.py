@@ -13,7 +13,7 @@ from segmentation_methods_report import (
     DOCS_END,
     DOCS_START,
     markdown_report,
-    merge_datasets,
+    merge_results,
     replace_docs_section,
     summary_table,
 )
@@ -163,6 +163,17 @@ def test_quick_run_end_to_end(kedro_project, tmp_path):  # noqa: F811  (the impo
     assert text.startswith("# Benchmarks\n\nkept\n")
     assert markdown.strip() in text
 
+    docs.write_text(f"# Benchmarks\n\nkept\n{DOCS_START}\n{DOCS_END}\n")
+    harness.main(
+        ["--quick", "--datasets", "phantom", "--methods", "threshold_floor", "minimal_unet", "--folds", "2",
+         "--seeds", "0", "--cpu-budget-s", "0.3", "--scratch-dir", str(tmp_path / "scratch"),
+         "--project-path", str(kedro_project), "--docs-output", str(docs), "--report-only"]
+    )
+    rewritten = (reporting / "segmentation_methods.md").read_text()
+    table_lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert [line for line in rewritten.splitlines() if line.startswith("|")] == table_lines
+    assert rewritten.strip() in docs.read_text()
+
 
 def test_run_params_keep_rampup_share():
     settings = harness.parse_settings(["--cpu-budget-s", "10"])
@@ -178,15 +189,30 @@ def test_run_params_keep_rampup_share():
     assert params["mean_teacher"]["rampup_iterations"] == 40
 
 
-def test_saved_table_keeps_other_datasets_and_replaces_rerun_ones():
-    previous = pd.DataFrame({"dataset": ["phantom", "real"], "method": ["unet", "unet"], "dice_mean": [0.7, 0.5]})
+def test_saved_table_keeps_other_results_and_replaces_rerun_ones():
+    previous = pd.DataFrame(
+        {"dataset": ["phantom", "real", "real"], "method": ["unet", "unet", "swin_unetr"], "dice_mean": [0.7, 0.5, 0.4]}
+    )
     current = pd.DataFrame({"dataset": ["real"], "method": ["unet"], "dice_mean": [0.6]})
-    merged = merge_datasets(previous.to_csv(index=False), current)
-    assert merged.set_index("dataset")["dice_mean"].to_dict() == {"phantom": 0.7, "real": 0.6}
-    assert merge_datasets(None, current) is current
+    merged = merge_results(previous.to_csv(index=False), current)
+    assert merged.set_index(["dataset", "method"])["dice_mean"].to_dict() == {
+        ("phantom", "unet"): 0.7,
+        ("real", "swin_unetr"): 0.4,
+        ("real", "unet"): 0.6,
+    }
+    assert merge_results(None, current) is current
 
 
 def test_docs_section_with_another_marker_leaves_the_default_section_alone():
     text = f"{DOCS_START}\nreal\n{DOCS_END}\n<!-- other:start -->\nold\n<!-- other:end -->\n"
     replaced = replace_docs_section(text, "phantom\n", None, marker="other")
     assert replaced == f"{DOCS_START}\nreal\n{DOCS_END}\n<!-- other:start -->\nphantom\n<!-- other:end -->\n"
+
+
+def test_ema_decay_keeps_its_share_of_a_shorter_run():
+    from segmentation_methods import scaled_ema_decay
+
+    # 0.99 averages over 100 of 1,000 steps; over a 200-step run the horizon becomes 20 steps.
+    assert scaled_ema_decay(0.99, 1000, 200) == pytest.approx(0.95)
+    assert scaled_ema_decay(0.99, 1000, 5000) == pytest.approx(0.99)
+    assert scaled_ema_decay(0.99, 1000, 50) == pytest.approx(0.8)
