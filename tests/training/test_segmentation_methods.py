@@ -387,6 +387,8 @@ def test_pretrained_encoder_missing_names_pretraining_pipeline():
         ({"model": {"architecture": "unet", "encoder_init": "pretrained"}}, "flexible_unet_resnet18"),
         ({"training": {"cpu_time_budget_s": 0}}, "cpu_time_budget_s"),
         ({"multitask": {"enabled": True, "classes": ["one"]}}, "at least two classes"),
+        ({"inference": {"flip_tta": "maybe"}}, "segmentation.inference.flip_tta must be true or false"),
+        ({"inference": {"postprocess": {"lung_mask": "perhaps"}}}, "segmentation.inference.postprocess.lung_mask"),
     ],
 )
 def test_invalid_parameters_named(params, message):

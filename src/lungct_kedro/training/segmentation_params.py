@@ -97,8 +97,10 @@ def validate_segmentation_params(params: Mapping[str, Any]) -> None:
         ValueError: An unknown key, an unknown method, architecture,
             ``encoder_init`` or ``mean_teacher.evaluate`` choice, a
             pre-trained encoder without the ResNet-18 architecture, fewer
-            than two multi-task classes, an EMA decay outside [0, 1), or a
-            CPU-time budget that is not positive.
+            than two multi-task classes, an EMA decay outside [0, 1), a
+            CPU-time budget that is not positive, or an on/off switch
+            (``flip_tta``, ``lung_mask``, ``multitask.enabled``) that is not
+            a boolean.
     """
     check_known_keys(params)
     _choice(params.get("method", "supervised"), METHODS, "segmentation.method")
@@ -122,6 +124,17 @@ def validate_segmentation_params(params: Mapping[str, Any]) -> None:
     decay = float(teacher.get("ema_decay", 0.99))
     if not 0.0 <= decay < 1.0:
         raise ValueError(f"segmentation.mean_teacher.ema_decay must lie in [0, 1), got {decay}")
+
+    inference = params.get("inference") or {}
+    postprocess = inference.get("postprocess") or {}
+    switches = {
+        "segmentation.inference.flip_tta": inference.get("flip_tta", False),
+        "segmentation.inference.postprocess.lung_mask": postprocess.get("lung_mask", False),
+        "segmentation.multitask.enabled": (params.get("multitask") or {}).get("enabled", False),
+    }
+    for name, value in switches.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
 
     multitask = params.get("multitask") or {}
     if multitask.get("enabled", False) and len(multitask.get("classes") or []) < 2:
