@@ -604,6 +604,13 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         option: getattr(args, option) if getattr(args, option) is not None else defaults[option]
         for option in ("folds", "seeds", "cpu_budget_s", "image_size", "docs_output")
     }
+    # A quick smoke test saves nothing unless a project is named, so it never mixes into saved results.
+    if args.project_path is not None:
+        project_path = args.project_path.resolve()
+    elif args.quick:
+        project_path = None
+    else:
+        project_path = ROOT
     settings = Settings(
         datasets=args.datasets,
         methods=args.methods or [method.name for method in METHODS],
@@ -616,7 +623,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         rebuild=args.rebuild,
         phantom=defaults["phantom"],
         pretraining=defaults["pretraining"],
-        project_path=args.project_path.resolve() if args.project_path else (None if args.quick else ROOT),
+        project_path=project_path,
         docs_marker=args.docs_marker,
         report_only=args.report_only,
         verbose=args.verbose,

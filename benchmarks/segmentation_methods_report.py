@@ -167,8 +167,10 @@ def merge_results(previous: str | None, current: pd.DataFrame) -> pd.DataFrame:
     if not {"dataset", "method"} <= set(earlier.columns):
         return current
     rerun = pd.MultiIndex.from_frame(current[["dataset", "method"]])
-    kept = earlier[~pd.MultiIndex.from_frame(earlier[["dataset", "method"]]).isin(rerun)]
-    return pd.concat([kept, current], ignore_index=True) if len(kept) else current
+    unchanged = earlier[~pd.MultiIndex.from_frame(earlier[["dataset", "method"]]).isin(rerun)]
+    if unchanged.empty:
+        return current
+    return pd.concat([unchanged, current], ignore_index=True)
 
 
 def save_outputs(runs: pd.DataFrame, table: pd.DataFrame, project_path: Path) -> pd.DataFrame:

@@ -189,7 +189,7 @@ def test_run_params_keep_rampup_share():
     assert params["mean_teacher"]["rampup_iterations"] == 40
 
 
-def test_saved_table_keeps_other_results_and_replaces_rerun_ones():
+def test_merge_results_replaces_rerun_rows():
     previous = pd.DataFrame(
         {"dataset": ["phantom", "real", "real"], "method": ["unet", "unet", "swin_unetr"], "dice_mean": [0.7, 0.5, 0.4]}
     )
@@ -203,13 +203,13 @@ def test_saved_table_keeps_other_results_and_replaces_rerun_ones():
     assert merge_results(None, current) is current
 
 
-def test_docs_section_with_another_marker_leaves_the_default_section_alone():
+def test_docs_section_other_marker():
     text = f"{DOCS_START}\nreal\n{DOCS_END}\n<!-- other:start -->\nold\n<!-- other:end -->\n"
     replaced = replace_docs_section(text, "phantom\n", None, marker="other")
     assert replaced == f"{DOCS_START}\nreal\n{DOCS_END}\n<!-- other:start -->\nphantom\n<!-- other:end -->\n"
 
 
-def test_ema_decay_keeps_its_share_of_a_shorter_run():
+def test_ema_decay_scaled_to_run():
     from segmentation_methods import scaled_ema_decay
 
     # 0.99 averages over 100 of 1,000 steps; over a 200-step run the horizon becomes 20 steps.

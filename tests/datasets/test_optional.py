@@ -12,7 +12,7 @@ def _dataset(path):
     return OptionalDataset(dataset={"type": "lungct_kedro.datasets.AtomicJSONDataset", "filepath": str(path)})
 
 
-def test_missing_file_loads_as_none_and_saved_file_round_trips(tmp_path):
+def test_optional_missing_then_saved(tmp_path):
     dataset = _dataset(tmp_path / "metrics.json")
     assert dataset.load() is None
     assert not dataset.exists()

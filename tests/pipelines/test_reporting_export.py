@@ -276,7 +276,7 @@ def test_classification_unlabeled_is_train_only():
     assert unlabeled["slice_id"].tolist() == ["c"]
 
 
-def test_all_missing_string_label_column_selects_no_labeled_slice():
+def test_classification_empty_string_labels():
     manifest = pd.DataFrame(
         {"severity": pd.array([pd.NA, pd.NA], dtype="string"), "source": ["a", "a"], "split": ["train", "val"]}
     )

@@ -94,13 +94,13 @@ def validate_segmentation_params(params: Mapping[str, Any]) -> None:
     """Check the ``segmentation`` parameters before anything is trained.
 
     Raises:
-        ValueError: An unknown key, an unknown method, architecture,
-            ``encoder_init`` or ``mean_teacher.evaluate`` choice, a
-            pre-trained encoder without the ResNet-18 architecture, fewer
-            than two multi-task classes, an EMA decay outside [0, 1), a
-            CPU-time budget that is not positive, or an on/off switch
-            (``flip_tta``, ``lung_mask``, ``multitask.enabled``) that is not
-            a boolean.
+        ValueError: A key or a choice (method, architecture,
+            ``encoder_init``, ``mean_teacher.evaluate``) is unknown. Or a
+            pre-trained encoder is asked for without the ResNet-18
+            architecture, multi-task has fewer than two classes, the EMA
+            decay is outside [0, 1), the CPU-time budget is not positive, or
+            an on/off switch (``flip_tta``, ``lung_mask``,
+            ``multitask.enabled``) is not a boolean.
     """
     check_known_keys(params)
     _choice(params.get("method", "supervised"), METHODS, "segmentation.method")
